@@ -1,0 +1,331 @@
+"""`FFTrainer`: a `transformers.Trainer` whose training step is Forward-Forward, layer by layer, instead of backprop.
+
+Under `learning_rule="forward_forward"` one training step is
+
+    v_0 = Embed(x),  n_0 = Embed(x_neg)
+    for l in 1..L:                                         # inputs from below arrive detached
+        v_l, n_l = Block_l(v_0..v_{l-1}), Block_l(n_0..n_{l-1})
+        loss_l   = ff_weight * FF(G(v_l), G(n_l)) + local_ce_weight * CE(LocalHead_l(v_l), x_{t+1})
+        backward(loss_l); free the graph; keep v_l, n_l detached
+    readout: backward(CE(LMHead(RMSNorm(AttnRes_out(v_0..v_L))), x_{t+1}))      # on detached features
+    optimizer step (the Trainer's own), per-layer gradient clipping
+
+so no gradient crosses a layer boundary and peak activation memory is one layer's. `learning_rule="backprop"` trains
+the same model end to end with next-token cross-entropy (the plain `Trainer` step): the baseline of every comparison.
+`learning_rule="readout_only"` freezes the embedding and blocks at their initial weights and trains only the readout:
+the "learned nothing" control.
+
+Everything else is the `Trainer`'s: gradient accumulation, LR schedule, bf16 autocast, logging, callbacks,
+checkpoints (which also hold the banks in `hopfield_banks.safetensors`) and exact resume, DDP through Accelerate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from .forward_forward import FF_LOSSES, NEGATIVE_STRATEGIES, depth_entropy, ff_loss, goodness, make_negatives, separation
+
+LEARNING_RULES = ("forward_forward", "backprop", "readout_only")
+
+
+@dataclass
+class FFTrainingArguments(TrainingArguments):
+    r"""`TrainingArguments` plus the learning rule and the Forward-Forward objective.
+
+    Args:
+        learning_rule (`str`, defaults to `"forward_forward"`):
+            `"forward_forward"`: every layer learns from its own local loss on detached inputs.
+            `"backprop"`: end-to-end next-token cross-entropy (the baseline).
+            `"readout_only"`: embedding and blocks frozen at init, only the readout learns (the control).
+        ff_loss (`str`, defaults to `"hinton"`):
+            `"hinton"`: `softplus(theta - G_pos) + softplus(G_neg - theta)`; `"symba"`: `softplus(-alpha (G_pos - G_neg))`.
+        ff_weight (`float`, defaults to 0.05):
+            Weight of the goodness term in each layer's loss. Must be > 0 for the objective to be Forward-Forward.
+        ff_threshold (`float`, defaults to 2.0):
+            `theta` of the Hinton loss, in units of mean squared activation.
+        ff_alpha (`float`, defaults to 4.0):
+            `alpha` of the SymBa loss.
+        negatives (`str`, defaults to `"random"`):
+            How negative data is made: `"random"` (unigram tokens), `"shuffle"` (permuted within the sequence) or
+            `"self"` (samples from the model's own prediction; couples layers through the data, not the gradients).
+        negative_rate (`float`, defaults to 0.2):
+            Fraction `rho` of positions corrupted in the negative sequence.
+        local_ce_weight (`float`, defaults to 1.0):
+            Weight of each layer's next-token cross-entropy through its own local head (0 = pure goodness).
+        local_ce_fraction (`float`, defaults to 1.0):
+            Fraction of positions (drawn at random each step, the same for every layer) on which the local
+            cross-entropy is computed. A vocabulary-sized softmax per layer dominates the cost of a local step; a
+            quarter of the positions cuts that cost by four.
+    """
+
+    learning_rule: str = field(default="forward_forward", metadata={"help": f"One of {LEARNING_RULES}."})
+    ff_loss: str = field(default="hinton", metadata={"help": f"One of {FF_LOSSES}."})
+    ff_weight: float = field(default=0.05, metadata={"help": "Weight of the goodness (FF) term per layer."})
+    ff_threshold: float = field(default=2.0, metadata={"help": "Threshold theta of the Hinton FF loss."})
+    ff_alpha: float = field(default=4.0, metadata={"help": "Scale alpha of the SymBa FF loss."})
+    negatives: str = field(default="random", metadata={"help": f"Negative data, one of {NEGATIVE_STRATEGIES}."})
+    negative_rate: float = field(default=0.2, metadata={"help": "Fraction of positions corrupted in negatives."})
+    local_ce_weight: float = field(default=1.0, metadata={"help": "Weight of the per-layer local cross-entropy."})
+    local_ce_fraction: float = field(default=1.0, metadata={"help": "Fraction of positions with a local CE term."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, value, choices in (
+            ("learning_rule", self.learning_rule, LEARNING_RULES),
+            ("ff_loss", self.ff_loss, FF_LOSSES),
+            ("negatives", self.negatives, NEGATIVE_STRATEGIES),
+        ):
+            if value not in choices:
+                raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+        if not 0.0 < self.local_ce_fraction <= 1.0:
+            raise ValueError(f"`local_ce_fraction` must be in (0, 1], got {self.local_ce_fraction}.")
+        if not 0.0 < self.negative_rate <= 1.0:
+            raise ValueError(f"`negative_rate` must be in (0, 1], got {self.negative_rate}.")
+        if self.ff_weight < 0 or self.local_ce_weight < 0:
+            raise ValueError("`ff_weight` and `local_ce_weight` must be >= 0.")
+        if self.learning_rule == "forward_forward" and self.ff_weight == 0 and self.local_ce_weight == 0:
+            raise ValueError("`forward_forward` needs `ff_weight > 0` or `local_ce_weight > 0`: nothing would train the layers.")
+
+
+def causal_lm_collator(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack packed blocks into `input_ids`, with `labels = input_ids` (the model shifts them)."""
+    input_ids = torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
+    return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+class FFTrainer(Trainer):
+    """A `Trainer` for `FFSleepForCausalLM` that replaces backprop with per-layer Forward-Forward steps.
+
+    Overrides only what differs: `training_step` (the layer-by-layer local updates), `_clip_grad_norm` (per layer),
+    `evaluation_loop` (adds `eval_bits_per_byte`), `_load_from_checkpoint` (restores the banks) and `log` (adds the
+    per-layer FF metrics).
+    """
+
+    def __init__(self, model=None, args: FFTrainingArguments | None = None, data_collator=None, **kwargs):
+        args = args if args is not None else FFTrainingArguments(output_dir="ffsleep-output")
+        if not isinstance(args, FFTrainingArguments):
+            raise TypeError("FFTrainer needs FFTrainingArguments.")
+        if args.learning_rule != "backprop" and model.config.tie_word_embeddings:
+            raise ValueError(f"`{args.learning_rule}` needs tie_word_embeddings=False: tying couples the bottom layer and the readout.")
+        if args.learning_rule == "forward_forward" and args.local_ce_weight > 0:
+            model.enable_local_heads()
+        if args.learning_rule == "readout_only":
+            for module in (model.model.embed_tokens, model.model.layers):
+                module.requires_grad_(False)
+        super().__init__(model=model, args=args, data_collator=data_collator or causal_lm_collator, **kwargs)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._unigram: torch.Tensor | None = None
+        self._byte_lengths: torch.Tensor | None = None
+        self._bytes_per_token: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.learning_rule == "backprop":
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        with self.compute_loss_context_manager():
+            loss = self._local_step(unwrapped, inputs["input_ids"], inputs.get("labels"))
+        if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            self._all_reduce_gradients(unwrapped)
+        return loss
+
+    def _local_step(self, model, input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One Forward-Forward (or readout-only) step on a batch; returns the readout loss, scaled for accumulation."""
+        args, core = self.args, model.model
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        targets = (labels if labels is not None else input_ids)[:, 1:]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
+        position_embeddings = core.position_embeddings(positions)
+        train_layers = args.learning_rule == "forward_forward"
+        use_ff = train_layers and args.ff_weight > 0
+
+        # The layers are called on the unwrapped model, so Accelerate's autocast (which wraps the prepared model's
+        # `forward`) never applies here: every forward runs under it explicitly, every backward outside it.
+        autocast = self.accelerator.autocast
+
+        corrupted = None
+        ce_positions = self._local_ce_positions(targets) if train_layers and args.local_ce_weight > 0 else None
+        with autocast():
+            streams = {"pos": [core.embed_tokens(input_ids)]}
+            if use_ff:
+                negative_ids, corrupted = self._negatives(model, input_ids)
+                streams["neg"] = [core.embed_tokens(negative_ids)]
+
+        for index, layer in enumerate(core.layers):
+            if not train_layers:  # readout_only: frozen blocks, no graph
+                with torch.no_grad(), autocast():
+                    streams["pos"].append(layer(streams["pos"], position_embeddings).hidden)
+                continue
+            # Layer 0 owns the embedding, so it alone sees it attached; every other input arrives detached.
+            with autocast():
+                outputs = {
+                    name: layer(states if index == 0 else [s.detach() for s in states], position_embeddings)
+                    for name, states in streams.items()
+                }
+                loss = self._layer_loss(index, layer, core, outputs, ce_positions, corrupted)
+            self.accelerator.backward(loss * scale)
+            for name, out in outputs.items():
+                streams[name].append(out.hidden.detach())
+
+        with autocast():
+            hidden, weights = core.readout([s.detach() for s in streams["pos"]])
+            readout_ce = _next_token_ce(model.lm_head(hidden), targets)
+        self.accelerator.backward(readout_ce * scale)
+        self._record("readout_ce", readout_ce)
+        self._record("readout_depth_entropy", depth_entropy(weights))
+        return readout_ce.detach() * scale
+
+    def _local_ce_positions(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices of the `(batch, seq-1)` positions that get a local CE term this step, and their targets."""
+        flat = targets.reshape(-1)
+        keep = torch.nonzero(flat != -100).flatten()
+        if self.args.local_ce_fraction < 1.0:
+            count = max(1, round(self.args.local_ce_fraction * len(keep)))
+            keep = keep[torch.randperm(len(keep), device=keep.device)[:count]]
+        return keep, flat[keep]
+
+    def _layer_loss(self, index, layer, core, outputs, ce_positions, corrupted) -> torch.Tensor:
+        """`ff_weight * FF(G_pos, G_neg) + local_ce_weight * CE(local head)` of one layer; logs its parts."""
+        args, pos = self.args, outputs["pos"]
+        loss = torch.zeros((), device=pos.hidden.device)
+        prefix = f"layer_{index}/"
+        if ce_positions is not None:
+            embedding = core.embed_tokens.weight if index == 0 else core.embed_tokens.weight.detach()
+            index_, target = ce_positions
+            hidden = pos.hidden[:, :-1].reshape(-1, pos.hidden.shape[-1])[index_]
+            local_ce = F.cross_entropy(layer.local_head(hidden, embedding).float(), target)
+            loss = loss + args.local_ce_weight * local_ce
+            self._record(prefix + "local_ce", local_ce)
+        if "neg" in outputs:
+            g_pos, g_neg = goodness(pos.mlp_hidden), goodness(outputs["neg"].mlp_hidden)
+            term = ff_loss(g_pos, g_neg, corrupted, args.ff_loss, args.ff_threshold, args.ff_alpha)
+            loss = loss + args.ff_weight * term
+            self._record(prefix + "ff_loss", term)
+            self._record(prefix + "goodness_pos", g_pos.mean())
+            self._record(prefix + "goodness_neg", g_neg[corrupted].mean() if corrupted.any() else None)
+            self._record(prefix + "separation", separation(g_pos.detach(), g_neg.detach(), corrupted))
+        self._record(prefix + "depth_entropy", depth_entropy(pos.depth_weights))
+        return loss
+
+    @torch.no_grad()
+    def _negatives(self, model, input_ids):
+        """Negative data per `args.negatives`; the unigram table is counted once from the training set."""
+        args = self.args
+        if args.negatives == "random" and self._unigram is None:
+            self._unigram = self._count_unigram(model.config.vocab_size).to(input_ids.device)
+        logits = None
+        if args.negatives == "self":
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        return make_negatives(input_ids, args.negatives, args.negative_rate, self._unigram, logits)
+
+    def _count_unigram(self, vocab_size: int, max_blocks: int = 4096) -> torch.Tensor:
+        """Token frequencies of (up to `max_blocks` blocks of) the training set, add-one smoothed."""
+        dataset = self.train_dataset
+        rows = dataset.select(range(min(len(dataset), max_blocks))) if hasattr(dataset, "select") else dataset
+        counts = torch.ones(vocab_size, dtype=torch.float64)
+        for row in rows:
+            ids = torch.as_tensor(row["input_ids"]).flatten()
+            counts += torch.bincount(ids, minlength=vocab_size)[:vocab_size].double()
+        return (counts / counts.sum()).float()
+
+    def _all_reduce_gradients(self, model) -> None:
+        """Average gradients over processes (DDP's job, done by hand: the local steps bypass DDP's forward)."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= self.accelerator.num_processes
+        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(synced)
+
+    def _clip_grad_norm(self, model):
+        """Per-layer clipping under local rules (a global norm would let one layer's gradient scale another's).
+
+        Returns the norm over all parameters before clipping, as the `Trainer` logs it.
+        """
+        if self.args.learning_rule == "backprop":
+            return super()._clip_grad_norm(model)
+        norms = []
+        for group in parameter_groups_by_layer(self.accelerator.unwrap_model(model)):
+            params = [p for p in group if p.grad is not None]
+            if params:
+                norms.append(torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm))
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+    # ------------------------------------------------------------------ logging
+    def _record(self, name: str, value) -> None:
+        if value is not None and self.model.training:
+            value = float(value.detach()) if torch.is_tensor(value) else float(value)
+            if math.isfinite(value):
+                self._metrics[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each per-layer FF metric since the last log to the training logs."""
+        if self._metrics and not any(key.startswith("eval_") for key in logs):
+            logs = {**logs, **{name: round(sum(v) / len(v), 5) for name, v in self._metrics.items() if v}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The `Trainer`'s loop, plus `{prefix}_bits_per_byte = loss per token * tokens / (ln 2 * bytes)`."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        loss = output.metrics.get(f"{metric_key_prefix}_loss")
+        bytes_per_token = self._eval_bytes_per_token(dataloader.dataset)
+        if loss is not None and bytes_per_token:
+            output.metrics[f"{metric_key_prefix}_bits_per_byte"] = loss / math.log(2) / bytes_per_token
+        return output
+
+    def _eval_bytes_per_token(self, dataset) -> float | None:
+        """Mean UTF-8 bytes of the predicted tokens (every token but each block's first) of an eval set."""
+        if self.processing_class is None or not hasattr(dataset, "with_format"):
+            return None
+        key = id(dataset)
+        if key not in self._bytes_per_token:
+            from .tokenization import token_byte_lengths
+
+            if self._byte_lengths is None:
+                self._byte_lengths = token_byte_lengths(self.processing_class)
+            ids = dataset.with_format("torch")[:]["input_ids"][:, 1:]
+            self._bytes_per_token[key] = float(self._byte_lengths[ids].double().mean())
+        return self._bytes_per_token[key]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Load the weights as the `Trainer` does, then the banks saved beside them."""
+        import os
+
+        from .hopfield import BANKS_FILE
+
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, BANKS_FILE)
+        if target.banks:
+            if os.path.isfile(path):
+                target.load_banks(path)
+            else:
+                target.clear_memory()
+
+
+def parameter_groups_by_layer(model) -> list[list[torch.nn.Parameter]]:
+    """Parameters grouped by the local loss that trains them: [embedding + layer 0], layer 1, ..., readout."""
+    core = model.model
+    groups = [list(core.embed_tokens.parameters()) + list(core.layers[0].parameters())]
+    groups += [list(layer.parameters()) for layer in core.layers[1:]]
+    readout = [p for m in (core.depth_out, core.norm, model.lm_head) if m is not None for p in m.parameters()]
+    return groups + [readout]
+
+
+def _next_token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `logits[:, t]` against `targets[:, t] = x_{t+1}` (-100 ignored), in float32."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+__all__ = ["FFTrainer", "FFTrainingArguments", "LEARNING_RULES", "causal_lm_collator", "parameter_groups_by_layer"]
