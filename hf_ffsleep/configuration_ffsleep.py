@@ -33,6 +33,13 @@ class FFSleepConfig(PreTrainedConfig):
         attn_residual (`bool`, defaults to `True`):
             Use attention residuals (each layer takes a per-token softmax mix over all earlier layers' outputs, with
             a zero-initialised pseudo-query). `False` gives the ordinary residual stream, for ablations.
+        normalize_states (`bool`, defaults to `True`):
+            With attention residuals, mix the *normalised* earlier outputs, `x_l = sum_i alpha_i s RMSNorm(v_i)`:
+            activity passes between layers by its direction only (Hinton's length normalisation), so a layer cannot
+            read its predecessor's goodness from the norm, and no layer's scale drowns the others in a mix.
+        state_scale (`float`, defaults to 0.02):
+            The length `s` (per-coordinate RMS) at which normalised states are passed on: the embedding's initial
+            scale, so that at initialisation a block's own output is comparable to its input and carries context.
         bank_layers (`list[int]`, *optional*):
             Indices (0-based) of the layers that carry a Hopfield bank. `None` means every layer; `[]` means none.
         bank_slots (`int`, defaults to 1024):
@@ -54,8 +61,8 @@ class FFSleepConfig(PreTrainedConfig):
             Gate `g` of the read: `v_l = u_l + g * rms(u_l) * read(q)`, i.e. measured in units of the residual
             stream's own scale.
         local_heads (`bool`, defaults to `False`):
-            Give every layer its own small next-token head (`E . P_l RMSNorm_l(v_l)`, with the input embedding `E`) for
-            the layer-local cross-entropy of Forward-Forward training. `FFTrainer` switches it on when it needs it.
+            Give every layer its own norm for a next-token readout through the shared LM head
+            (`W_head RMSNorm_l(v_l)`), used by the layer-local cross-entropy of Forward-Forward training. `FFTrainer` switches it on when it needs it.
         bos_token_id, eos_token_id, pad_token_id (`int`, *optional*):
             Special token ids (the tokenizer's `<|endoftext|>` plays all three roles).
     """
@@ -74,6 +81,8 @@ class FFSleepConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     attn_residual: bool = True
+    normalize_states: bool = True
+    state_scale: float = 0.02
     bank_layers: list[int] | None = None
     bank_slots: int = 1024
     bank_beta: float = 300.0

@@ -113,21 +113,18 @@ class FFSleepMLP(nn.Module):
 
 
 class FFSleepLocalHead(nn.Module):
-    """Layer `l`'s own next-token classifier for layer-local cross-entropy: `logits = E . P_l RMSNorm_l(v_l)`.
+    """Layer `l`'s next-token readout for layer-local cross-entropy: `logits = W_head RMSNorm_l(v_l)`.
 
-    `E` is the input embedding. Only layer 0 (which owns the embedding) trains it; upper layers use it detached. So no
-    lower layer's update ever depends on an upper layer, while each head costs only `d x d` parameters. `P_l` starts
-    as the identity.
+    Only the norm is the layer's own; `W_head` is the model's LM head, passed in by the trainer (attached for layer 0,
+    which owns it, detached above), so every layer learns to speak the head's language at `d` extra parameters.
     """
 
     def __init__(self, config: FFSleepConfig):
         super().__init__()
         self.norm = FFSleepRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
-        self.proj.is_identity_init = True
 
-    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(hidden)) @ embedding_weight.T.to(hidden.dtype)
+    def forward(self, hidden: torch.Tensor, head_weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(hidden), head_weight.to(hidden.dtype))
 
 
 @dataclass
@@ -161,9 +158,11 @@ class FFSleepDecoderLayer(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         # Layer 0 has a single predecessor (the embedding): a mix over one state needs no pseudo-query.
-        self.depth_attn = DepthAttention(config.hidden_size, config.rms_norm_eps) if (
+        self.state_scale = config.state_scale if config.attn_residual and config.normalize_states else None
+        self.depth_attn = DepthAttention(config.hidden_size, config.rms_norm_eps, self.state_scale) if (
             config.attn_residual and layer_idx > 0
         ) else None
+        self.eps = config.rms_norm_eps
         self.input_layernorm = FFSleepRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = FFSleepAttention(config, layer_idx)
         self.post_attention_layernorm = FFSleepRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -197,6 +196,8 @@ class FFSleepDecoderLayer(nn.Module):
             x, depth_weights = self.depth_attn(states)
         else:
             x, depth_weights = states[-1], None
+            if self.state_scale is not None:  # layer 0 reads the embedding normalised too
+                x = self.state_scale * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
         a = x + self.self_attn(self.input_layernorm(x), position_embeddings, attention_mask, cache)
         mlp_out, mlp_hidden = self.mlp(self.post_attention_layernorm(a))
         u = a + mlp_out
@@ -260,9 +261,7 @@ class FFSleepPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear) and getattr(module, "is_identity_init", False):
-            init.eye_(module.weight)
-        elif isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
             if getattr(module, "is_residual_output", False):  # GPT-2 style: keep the residual stream's scale
                 std = std / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
@@ -289,8 +288,6 @@ class FFSleepPreTrainedModel(PreTrainedModel):
         for layer in self.base_model.layers:
             if layer.local_head is None:
                 layer.local_head = FFSleepLocalHead(self.config).to(self.device)
-                layer.local_head.norm.weight.data.fill_(1.0)
-                nn.init.eye_(layer.local_head.proj.weight)
 
     def clear_memory(self) -> None:
         """Empty every bank; the model then computes exactly its bank-free function."""
@@ -359,7 +356,13 @@ class FFSleepModel(FFSleepPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(FFSleepDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.depth_out = DepthAttention(config.hidden_size, config.rms_norm_eps) if config.attn_residual else None
+        self.depth_out = (
+            DepthAttention(
+                config.hidden_size, config.rms_norm_eps, config.state_scale if config.normalize_states else None
+            )
+            if config.attn_residual
+            else None
+        )
         self.norm = FFSleepRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 

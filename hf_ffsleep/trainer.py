@@ -5,12 +5,16 @@ Under `learning_rule="forward_forward"` one training step is
     v_0 = Embed(x),  n_0 = Embed(x_neg)
     for l in 1..L:                                         # inputs from below arrive detached
         v_l, n_l = Block_l(v_0..v_{l-1}), Block_l(n_0..n_{l-1})
-        loss_l   = ff_weight * FF(G(v_l), G(n_l)) + local_ce_weight * CE(LocalHead_l(v_l), x_{t+1})
+        loss_l   = ff_weight * FF(G(v_l), G(n_l)) + local_ce_weight * CE(W_head RMSNorm_l(v_l), x_{t+1})
         backward(loss_l); free the graph; keep v_l, n_l detached
-    readout: backward(CE(LMHead(RMSNorm(AttnRes_out(v_0..v_L))), x_{t+1}))      # on detached features
+    readout: backward(CE(W_head RMSNorm(AttnRes_out(v_0..v_L)), x_{t+1}))      # on detached features
     optimizer step (the Trainer's own), per-layer gradient clipping
 
-so no gradient crosses a layer boundary and peak activation memory is one layer's. `learning_rule="backprop"` trains
+so no gradient crosses a layer boundary and peak activation memory is one layer's. The LM head `W_head` is layer 0's
+local head: only layer 0's loss trains it, and every layer above it (and the readout) reads it detached. Sharing it
+this way makes every layer's output decodable by the same head, so the readout's depth mix works from the first step,
+while no lower layer ever depends on an upper one. (A head per layer, or one trained by every layer, measured worse
+or breaks locality; see `trainer/README.md`.) `learning_rule="backprop"` trains
 the same model end to end with next-token cross-entropy (the plain `Trainer` step): the baseline of every comparison.
 `learning_rule="readout_only"` freezes the embedding and blocks at their initial weights and trains only the readout:
 the "learned nothing" control.
@@ -43,8 +47,9 @@ class FFTrainingArguments(TrainingArguments):
             `"forward_forward"`: every layer learns from its own local loss on detached inputs.
             `"backprop"`: end-to-end next-token cross-entropy (the baseline).
             `"readout_only"`: embedding and blocks frozen at init, only the readout learns (the control).
-        ff_loss (`str`, defaults to `"hinton"`):
-            `"hinton"`: `softplus(theta - G_pos) + softplus(G_neg - theta)`; `"symba"`: `softplus(-alpha (G_pos - G_neg))`.
+        ff_loss (`str`, defaults to `"symba"`):
+            `"symba"`: `softplus(-alpha (G_pos - G_neg))` at the corrupted positions (pairwise; it cannot be met by
+            shrinking all activity); `"hinton"`: `softplus(theta - G_pos) + softplus(G_neg - theta)`.
         ff_weight (`float`, defaults to 0.05):
             Weight of the goodness term in each layer's loss. Must be > 0 for the objective to be Forward-Forward.
         ff_threshold (`float`, defaults to 2.0):
@@ -58,21 +63,21 @@ class FFTrainingArguments(TrainingArguments):
             Fraction `rho` of positions corrupted in the negative sequence.
         local_ce_weight (`float`, defaults to 1.0):
             Weight of each layer's next-token cross-entropy through its own local head (0 = pure goodness).
-        local_ce_fraction (`float`, defaults to 1.0):
-            Fraction of positions (drawn at random each step, the same for every layer) on which the local
-            cross-entropy is computed. A vocabulary-sized softmax per layer dominates the cost of a local step; a
-            quarter of the positions cuts that cost by four.
+        local_ce_fraction (`float`, defaults to 0.25):
+            Fraction of positions (drawn at random each step, the same for layers 1..L-1) on which the layers above
+            layer 0 compute their local cross-entropy; layer 0, which trains the LM head, always uses all of them.
+            A vocabulary-sized softmax per layer dominates the cost of a local step.
     """
 
     learning_rule: str = field(default="forward_forward", metadata={"help": f"One of {LEARNING_RULES}."})
-    ff_loss: str = field(default="hinton", metadata={"help": f"One of {FF_LOSSES}."})
+    ff_loss: str = field(default="symba", metadata={"help": f"One of {FF_LOSSES}."})
     ff_weight: float = field(default=0.05, metadata={"help": "Weight of the goodness (FF) term per layer."})
     ff_threshold: float = field(default=2.0, metadata={"help": "Threshold theta of the Hinton FF loss."})
     ff_alpha: float = field(default=4.0, metadata={"help": "Scale alpha of the SymBa FF loss."})
     negatives: str = field(default="random", metadata={"help": f"Negative data, one of {NEGATIVE_STRATEGIES}."})
     negative_rate: float = field(default=0.2, metadata={"help": "Fraction of positions corrupted in negatives."})
     local_ce_weight: float = field(default=1.0, metadata={"help": "Weight of the per-layer local cross-entropy."})
-    local_ce_fraction: float = field(default=1.0, metadata={"help": "Fraction of positions with a local CE term."})
+    local_ce_fraction: float = field(default=0.25, metadata={"help": "Fraction of positions with a local CE term."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -119,6 +124,7 @@ class FFTrainer(Trainer):
             for module in (model.model.embed_tokens, model.model.layers):
                 module.requires_grad_(False)
         super().__init__(model=model, args=args, data_collator=data_collator or causal_lm_collator, **kwargs)
+        self._head_owned_by_layer_0 = _head_owned_by_layer_0(args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._unigram: torch.Tensor | None = None
         self._byte_lengths: torch.Tensor | None = None
@@ -170,38 +176,45 @@ class FFTrainer(Trainer):
                     name: layer(states if index == 0 else [s.detach() for s in states], position_embeddings)
                     for name, states in streams.items()
                 }
-                loss = self._layer_loss(index, layer, core, outputs, ce_positions, corrupted)
+                loss = self._layer_loss(index, layer, model, outputs, ce_positions, corrupted)
             self.accelerator.backward(loss * scale)
             for name, out in outputs.items():
                 streams[name].append(out.hidden.detach())
 
         with autocast():
             hidden, weights = core.readout([s.detach() for s in streams["pos"]])
-            readout_ce = _next_token_ce(model.lm_head(hidden), targets)
+            # With local heads, the LM head belongs to layer 0 (see `parameter_groups_by_layer`): the readout uses it detached.
+        head = model.lm_head.weight.detach() if self._head_owned_by_layer_0 else model.lm_head.weight
+        readout_ce = _next_token_ce(F.linear(hidden, head), targets)
         self.accelerator.backward(readout_ce * scale)
         self._record("readout_ce", readout_ce)
         self._record("readout_depth_entropy", depth_entropy(weights))
         return readout_ce.detach() * scale
 
     def _local_ce_positions(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat indices of the `(batch, seq-1)` positions that get a local CE term this step, and their targets."""
+        """Flat indices of the `(batch, seq-1)` positions that get a local CE term this step, and their targets.
+
+        Layer 0 owns the LM head and always uses every position (kept in `_all_positions`); the layers above use a
+        random `local_ce_fraction` of them.
+        """
         flat = targets.reshape(-1)
         keep = torch.nonzero(flat != -100).flatten()
+        self._all_positions = keep, flat[keep]
         if self.args.local_ce_fraction < 1.0:
             count = max(1, round(self.args.local_ce_fraction * len(keep)))
             keep = keep[torch.randperm(len(keep), device=keep.device)[:count]]
         return keep, flat[keep]
 
-    def _layer_loss(self, index, layer, core, outputs, ce_positions, corrupted) -> torch.Tensor:
+    def _layer_loss(self, index, layer, model, outputs, ce_positions, corrupted) -> torch.Tensor:
         """`ff_weight * FF(G_pos, G_neg) + local_ce_weight * CE(local head)` of one layer; logs its parts."""
         args, pos = self.args, outputs["pos"]
         loss = torch.zeros((), device=pos.hidden.device)
         prefix = f"layer_{index}/"
         if ce_positions is not None:
-            embedding = core.embed_tokens.weight if index == 0 else core.embed_tokens.weight.detach()
-            index_, target = ce_positions
+            head = model.lm_head.weight if index == 0 else model.lm_head.weight.detach()
+            index_, target = ce_positions if index > 0 else self._all_positions
             hidden = pos.hidden[:, :-1].reshape(-1, pos.hidden.shape[-1])[index_]
-            local_ce = F.cross_entropy(layer.local_head(hidden, embedding).float(), target)
+            local_ce = F.cross_entropy(layer.local_head(hidden, head).float(), target)
             loss = loss + args.local_ce_weight * local_ce
             self._record(prefix + "local_ce", local_ce)
         if "neg" in outputs:
@@ -253,7 +266,7 @@ class FFTrainer(Trainer):
         if self.args.learning_rule == "backprop":
             return super()._clip_grad_norm(model)
         norms = []
-        for group in parameter_groups_by_layer(self.accelerator.unwrap_model(model)):
+        for group in parameter_groups_by_layer(self.accelerator.unwrap_model(model), self._head_owned_by_layer_0):
             params = [p for p in group if p.grad is not None]
             if params:
                 norms.append(torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm))
@@ -314,12 +327,26 @@ class FFTrainer(Trainer):
                 target.clear_memory()
 
 
-def parameter_groups_by_layer(model) -> list[list[torch.nn.Parameter]]:
-    """Parameters grouped by the local loss that trains them: [embedding + layer 0], layer 1, ..., readout."""
+def _head_owned_by_layer_0(args: FFTrainingArguments) -> bool:
+    """Whether the LM head is trained by layer 0's local cross-entropy (and used detached above it)."""
+    return args.learning_rule == "forward_forward" and args.local_ce_weight > 0
+
+
+def parameter_groups_by_layer(model, head_owned_by_layer_0: bool = True) -> list[list[torch.nn.Parameter]]:
+    """Parameters grouped by the local loss that trains them: [embedding + layer 0 (+ LM head)], layer 1, ..., readout.
+
+    With local cross-entropy the LM head is layer 0's local head (upper layers and the readout read it detached);
+    without it (pure goodness) the head belongs to the readout.
+    """
     core = model.model
+    head = list(model.lm_head.parameters())
     groups = [list(core.embed_tokens.parameters()) + list(core.layers[0].parameters())]
     groups += [list(layer.parameters()) for layer in core.layers[1:]]
-    readout = [p for m in (core.depth_out, core.norm, model.lm_head) if m is not None for p in m.parameters()]
+    readout = [p for m in (core.depth_out, core.norm) if m is not None for p in m.parameters()]
+    if head_owned_by_layer_0:
+        groups[0] += head
+    else:
+        readout += head
     return groups + [readout]
 
 

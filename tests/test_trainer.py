@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hf_ffsleep import BANKS_FILE, FFSleepConfig, FFSleepForCausalLM
 from hf_ffsleep.data import load_tinystories, pack_dataset
 from hf_ffsleep.tokenization import token_byte_lengths
-from hf_ffsleep.trainer import FFTrainer, FFTrainingArguments
+from hf_ffsleep.trainer import FFTrainer, FFTrainingArguments, parameter_groups_by_layer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -79,7 +79,7 @@ def train_losses(trainer) -> list[float]:
 # ----------------------------------------------------------------------------- 1. locality
 def _train_locality_pair(tmp_path, packed, rule):
     """Two 20-step runs from the same init, data and seed, differing only in the top layer's initial weights."""
-    finals, inits = [], []
+    finals, inits, logs = [], [], []
     for run, top_seed in (("a", None), ("b", 1234)):
         model = make_model(0)
         if top_seed is not None:
@@ -94,19 +94,22 @@ def _train_locality_pair(tmp_path, packed, rule):
         inits.append(snapshot(model))
         trainer.train()
         finals.append(snapshot(model))
-    return inits, finals
+        logs.append([h for h in trainer.state.log_history if "grad_norm" in h])
+    return inits, finals, logs
 
 
 def test_locality_forward_forward(tmp_path, packed):
-    inits, (a, b) = _train_locality_pair(tmp_path, packed, "forward_forward")
+    inits, (a, b), (logs, _) = _train_locality_pair(tmp_path, packed, "forward_forward")
     L = MODEL_KWARGS["num_hidden_layers"]
-    top, below = f"model.layers.{L - 1}.", [n for n in a if is_below_top(n, L)]
+    # The LM head is layer 0's local head under local cross-entropy, so it too sits below the top layer.
+    top, below = f"model.layers.{L - 1}.", [n for n in a if is_below_top(n, L) or n.startswith("lm_head.")]
     # The runs really start apart in the top layer, and identical everywhere else.
     assert any(not torch.equal(inits[0][n], inits[1][n]) for n in inits[0] if n.startswith(top))
     assert all(torch.equal(inits[0][n], inits[1][n]) for n in inits[0] if not n.startswith(top))
     # What is checked: embedding, layers 0..L-2 with their local heads and depth pseudo-queries.
     assert "model.embed_tokens.weight" in below
-    assert "model.layers.0.local_head.proj.weight" in below and "model.layers.1.depth_attn.pseudo_query" in below
+    assert "model.layers.0.local_head.norm.weight" in below and "model.layers.1.depth_attn.pseudo_query" in below
+    assert "lm_head.weight" in below
     different = [n for n in below if not torch.equal(a[n], b[n])]
     assert not different, f"the top layer's init leaked into lower parameters: {different}"
     # Everything trained: lower layers, the top layer and the readout all moved from their init...
@@ -114,10 +117,12 @@ def test_locality_forward_forward(tmp_path, packed):
     assert not unchanged, f"parameters that never changed: {unchanged}"
     # ...and the top layer's difference did reach the readout, so the comparison above could have failed.
     assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith(READOUT_PREFIXES))
+    # The total gradient norm exceeded max_grad_norm, so a global clip would have coupled the layers here.
+    assert len(logs) == 20 and max(h["grad_norm"] for h in logs) > 1.0
 
 
 def test_locality_backprop_control(tmp_path, packed):
-    _, (a, b) = _train_locality_pair(tmp_path, packed, "backprop")
+    _, (a, b), _ = _train_locality_pair(tmp_path, packed, "backprop")
     L = MODEL_KWARGS["num_hidden_layers"]
     assert not torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
     assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
@@ -200,7 +205,7 @@ def test_ddp_two_processes(tmp_path, packed):
     logs = {name: json.loads((d / "rank0.json").read_text()) for name, d in (("ddp", ddp), ("single", single))}
     assert logs["ddp"]["world_size"] == 2 and logs["single"]["world_size"] == 1
     rank0, rank1 = load_file(ddp / "rank0.safetensors"), load_file(ddp / "rank1.safetensors")
-    assert rank0.keys() == rank1.keys() and "model.layers.0.local_head.proj.weight" in rank0
+    assert rank0.keys() == rank1.keys() and "model.layers.0.local_head.norm.weight" in rank0
     different = [name for name in rank0 if not torch.equal(rank0[name], rank1[name])]
     assert not different, f"ranks diverged in {different}"
     # Both ranks trained on different shards, so the shared result is not a single rank's: it differs from the
@@ -290,11 +295,37 @@ def test_per_layer_logs(tmp_path, packed):
         dict(negative_rate=0.0),
         dict(ff_weight=0.0, local_ce_weight=0.0),
         dict(ff_weight=-1.0),
+        dict(local_ce_fraction=0.0),
+        dict(local_ce_fraction=1.5),
     ],
 )
 def test_arguments_are_validated(tmp_path, bad):
     with pytest.raises(ValueError):
         make_args(tmp_path, **bad)
+
+
+def test_parameter_groups_follow_the_local_losses():
+    """Per-layer clipping groups: every parameter in exactly one group; the LM head is layer 0's under local CE."""
+    model = make_model(0)
+    model.enable_local_heads()
+    for owned_by_layer_0 in (True, False):
+        groups = parameter_groups_by_layer(model, owned_by_layer_0)
+        assert len(groups) == MODEL_KWARGS["num_hidden_layers"] + 1
+        ids = [id(p) for group in groups for p in group]
+        assert sorted(ids) == sorted(id(p) for p in model.parameters())
+        head_group = 0 if owned_by_layer_0 else -1
+        assert any(p is model.lm_head.weight for p in groups[head_group])
+
+
+def test_local_ce_fraction_subsamples_upper_layers(tmp_path, packed):
+    """Layers above 0 see a `local_ce_fraction` of the positions; layer 0 (the head's owner) sees all of them."""
+    trainer = FFTrainer(model=make_model(0), args=make_args(tmp_path, local_ce_fraction=0.25, max_steps=1),
+                        train_dataset=packed["train"])
+    targets = torch.arange(4 * (BLOCK - 1)).view(4, BLOCK - 1)
+    some, _ = trainer._local_ce_positions(targets)
+    everything, _ = trainer._all_positions
+    assert len(everything) == targets.numel() and len(some) == round(0.25 * targets.numel())
+    assert set(some.tolist()) <= set(everything.tolist())
 
 
 def test_tied_embeddings_rejected_for_local_rules(tmp_path):
