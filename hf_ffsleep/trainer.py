@@ -116,6 +116,8 @@ class FFTrainer(Trainer):
         args = args if args is not None else FFTrainingArguments(output_dir="ffsleep-output")
         if not isinstance(args, FFTrainingArguments):
             raise TypeError("FFTrainer needs FFTrainingArguments.")
+        if args.learning_rule != "backprop" and args.fp16:
+            raise ValueError(f"`{args.learning_rule}` supports bf16 mixed precision, not fp16 (its loss scaling).")
         if args.learning_rule != "backprop" and model.config.tie_word_embeddings:
             raise ValueError(f"`{args.learning_rule}` needs tie_word_embeddings=False: tying couples the bottom layer and the readout.")
         if args.learning_rule == "forward_forward" and args.local_ce_weight > 0:
@@ -176,8 +178,9 @@ class FFTrainer(Trainer):
                     name: layer(states if index == 0 else [s.detach() for s in states], position_embeddings)
                     for name, states in streams.items()
                 }
-                loss = self._layer_loss(index, layer, model, outputs, ce_positions, corrupted)
-            self.accelerator.backward(loss * scale)
+                loss, local_ce_input = self._layer_loss(index, layer, model, outputs, ce_positions, corrupted)
+            local_ce = self._backward(loss * scale, local_ce_input, args.local_ce_weight * scale)
+            self._record(f"layer_{index}/local_ce", local_ce)
             for name, out in outputs.items():
                 streams[name].append(out.hidden.detach())
 
@@ -185,8 +188,8 @@ class FFTrainer(Trainer):
             hidden, weights = core.readout([s.detach() for s in streams["pos"]])
             # With local heads, the LM head belongs to layer 0 (see `parameter_groups_by_layer`): the readout uses it detached.
         head = model.lm_head.weight.detach() if self._head_owned_by_layer_0 else model.lm_head.weight
-        readout_ce = _next_token_ce(F.linear(hidden, head), targets)
-        self.accelerator.backward(readout_ce * scale)
+        features = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        readout_ce = self._backward(None, (features, head, targets.reshape(-1)), scale)
         self._record("readout_ce", readout_ce)
         self._record("readout_depth_entropy", depth_entropy(weights))
         return readout_ce.detach() * scale
@@ -205,18 +208,20 @@ class FFTrainer(Trainer):
             keep = keep[torch.randperm(len(keep), device=keep.device)[:count]]
         return keep, flat[keep]
 
-    def _layer_loss(self, index, layer, model, outputs, ce_positions, corrupted) -> torch.Tensor:
-        """`ff_weight * FF(G_pos, G_neg) + local_ce_weight * CE(local head)` of one layer; logs its parts."""
+    def _layer_loss(self, index, layer, model, outputs, ce_positions, corrupted):
+        """One layer's `ff_weight * FF(G_pos, G_neg)`, and the `(features, head, targets)` of its local CE (or None).
+
+        The cross-entropy is left to `_backward`, which never builds the full `positions x vocab` logits.
+        """
         args, pos = self.args, outputs["pos"]
         loss = torch.zeros((), device=pos.hidden.device)
         prefix = f"layer_{index}/"
+        local_ce_input = None
         if ce_positions is not None:
             head = model.lm_head.weight if index == 0 else model.lm_head.weight.detach()
             index_, target = ce_positions if index > 0 else self._all_positions
             hidden = pos.hidden[:, :-1].reshape(-1, pos.hidden.shape[-1])[index_]
-            local_ce = F.cross_entropy(layer.local_head(hidden, head).float(), target)
-            loss = loss + args.local_ce_weight * local_ce
-            self._record(prefix + "local_ce", local_ce)
+            local_ce_input = (layer.local_head.norm(hidden), head, target)
         if "neg" in outputs:
             g_pos, g_neg = goodness(pos.mlp_hidden), goodness(outputs["neg"].mlp_hidden)
             term = ff_loss(g_pos, g_neg, corrupted, args.ff_loss, args.ff_threshold, args.ff_alpha)
@@ -226,7 +231,31 @@ class FFTrainer(Trainer):
             self._record(prefix + "goodness_neg", g_neg[corrupted].mean() if corrupted.any() else None)
             self._record(prefix + "separation", separation(g_pos.detach(), g_neg.detach(), corrupted))
         self._record(prefix + "depth_entropy", depth_entropy(pos.depth_weights))
-        return loss
+        return loss, local_ce_input
+
+    def _backward(self, loss, ce_input, ce_weight: float, chunk: int = 2048):
+        """Backward of `loss + ce_weight * CE(F.linear(features, head), targets)`; returns the CE (mean, detached).
+
+        The cross-entropy runs chunk by chunk on a detached copy of `features` (each chunk's logits freed after its
+        backward), then one backward carries `loss` and the features' gradient into the layer: the same gradients as
+        the plain sum, but peak memory holds one chunk of logits instead of all `positions x vocab` of them.
+        """
+        if ce_input is None:
+            self.accelerator.backward(loss)
+            return None
+        features, head, targets = ce_input
+        leaf = features.detach().requires_grad_()
+        count = max(int((targets != -100).sum()), 1)
+        total = torch.zeros((), device=features.device)
+        for start in range(0, len(targets), chunk):
+            with self.accelerator.autocast():
+                logits = F.linear(leaf[start : start + chunk], head.to(leaf.dtype))
+            part = F.cross_entropy(logits.float(), targets[start : start + chunk], ignore_index=-100, reduction="sum")
+            self.accelerator.backward(part * (ce_weight / count))
+            total += part.detach()
+        surrogate = (features * leaf.grad.to(features.dtype)).sum()  # d(surrogate)/d(features) = leaf.grad
+        self.accelerator.backward(surrogate if loss is None else loss + surrogate)
+        return total / count
 
     @torch.no_grad()
     def _negatives(self, model, input_ids):
@@ -348,11 +377,6 @@ def parameter_groups_by_layer(model, head_owned_by_layer_0: bool = True) -> list
     else:
         readout += head
     return groups + [readout]
-
-
-def _next_token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of `logits[:, t]` against `targets[:, t] = x_{t+1}` (-100 ignored), in float32."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
 __all__ = ["FFTrainer", "FFTrainingArguments", "LEARNING_RULES", "causal_lm_collator", "parameter_groups_by_layer"]

@@ -408,3 +408,28 @@ def test_cli_train_end_to_end(tmp_path, tinystories_dir, capsys):
     with torch.no_grad():
         logits = loaded(input_ids=torch.arange(10)[None]).logits
     assert logits.shape == (1, 10, 512) and torch.isfinite(logits).all()
+
+
+def test_chunked_cross_entropy_matches_the_plain_sum(tmp_path):
+    """`FFTrainer._backward` (chunked CE) gives the gradients of `loss + w * CE(F.linear(features, head))`."""
+    trainer = FFTrainer(model=make_model(0), args=make_args(tmp_path, max_steps=1))
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32)
+    head = torch.randn(50, 32, requires_grad=True)
+    x = torch.randn(37, 64)
+    targets = torch.randint(0, 50, (37,))
+    targets[3] = -100
+
+    def inputs():
+        w = weight.clone().requires_grad_()
+        features = x @ w
+        return w, features, (features ** 2).mean()
+
+    w, features, extra = inputs()
+    (extra + 0.7 * F.cross_entropy(F.linear(features, head), targets, ignore_index=-100)).backward()
+    expected_w, expected_head = w.grad.clone(), head.grad.clone()
+    head.grad = None
+    w, features, extra = inputs()
+    ce = trainer._backward(extra, (features, head, targets), 0.7, chunk=5)
+    assert torch.allclose(w.grad, expected_w, atol=1e-5) and torch.allclose(head.grad, expected_head, atol=1e-5)
+    assert ce == pytest.approx(F.cross_entropy(F.linear(x @ weight, head), targets, ignore_index=-100).item(), rel=1e-5)
