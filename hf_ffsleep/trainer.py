@@ -4,7 +4,7 @@ Under `learning_rule="forward_forward"` one training step is
 
     v_0 = Embed(x),  n_0 = Embed(x_neg)
     for l in 1..L:                                         # inputs from below arrive detached
-        v_l, n_l = Block_l(v_0..v_{l-1}), Block_l(n_0..n_{l-1})
+        v_l, n_l = Block_l(v_0..v_{l-1}), Block_l(n_0..n_{l-1})     # backpropagated one pass after the other
         loss_l   = ff_weight * FF(G(v_l), G(n_l)) + local_ce_weight * CE(W_head RMSNorm_l(v_l), x_{t+1})
         backward(loss_l); free the graph; keep v_l, n_l detached
     readout: backward(CE(W_head RMSNorm(AttnRes_out(v_0..v_L)), x_{t+1}))      # on detached features
@@ -173,16 +173,27 @@ class FFTrainer(Trainer):
                     streams["pos"].append(layer(streams["pos"], position_embeddings).hidden)
                 continue
             # Layer 0 owns the embedding, so it alone sees it attached; every other input arrives detached.
+            inputs = {name: states if index == 0 else [s.detach() for s in states] for name, states in streams.items()}
+            # Positive and negative passes are backpropagated one after the other, so only one graph is alive at a
+            # time: each sees the other's goodness as a constant, which gives the same gradients as one joint loss.
+            g_neg = None
+            if use_ff:
+                with torch.no_grad(), autocast():
+                    g_neg = goodness(layer(inputs["neg"], position_embeddings).mlp_hidden)
             with autocast():
-                outputs = {
-                    name: layer(states if index == 0 else [s.detach() for s in states], position_embeddings)
-                    for name, states in streams.items()
-                }
-                loss, local_ce_input = self._layer_loss(index, layer, model, outputs, ce_positions, corrupted)
+                positive = layer(inputs["pos"], position_embeddings)
+                loss, local_ce_input, g_pos = self._layer_loss(index, layer, model, positive, g_neg, ce_positions, corrupted)
             local_ce = self._backward(loss * scale, local_ce_input, args.local_ce_weight * scale)
             self._record(f"layer_{index}/local_ce", local_ce)
-            for name, out in outputs.items():
-                streams[name].append(out.hidden.detach())
+            streams["pos"].append(positive.hidden.detach())
+            if use_ff:
+                with autocast():
+                    negative = layer(inputs["neg"], position_embeddings)
+                    g_neg = goodness(negative.mlp_hidden)
+                    term = ff_loss(g_pos, g_neg, corrupted, args.ff_loss, args.ff_threshold, args.ff_alpha)
+                self.accelerator.backward(args.ff_weight * term * scale)
+                streams["neg"].append(negative.hidden.detach())
+                self._record_goodness(f"layer_{index}/", term, g_pos, g_neg.detach(), corrupted)
 
         with autocast():
             hidden, weights = core.readout([s.detach() for s in streams["pos"]])
@@ -208,30 +219,34 @@ class FFTrainer(Trainer):
             keep = keep[torch.randperm(len(keep), device=keep.device)[:count]]
         return keep, flat[keep]
 
-    def _layer_loss(self, index, layer, model, outputs, ce_positions, corrupted):
-        """One layer's `ff_weight * FF(G_pos, G_neg)`, and the `(features, head, targets)` of its local CE (or None).
+    def _layer_loss(self, index, layer, model, positive, g_neg, ce_positions, corrupted):
+        """The positive pass's part of one layer's loss.
 
-        The cross-entropy is left to `_backward`, which never builds the full `positions x vocab` logits.
+        Returns `ff_weight * FF(G_pos, G_neg)` with `G_neg` held constant (0 without negatives), the
+        `(features, head, targets)` of the local cross-entropy (left to `_backward`, which never builds the full
+        `positions x vocab` logits; None without local CE), and `G_pos` detached for the negative pass.
         """
-        args, pos = self.args, outputs["pos"]
-        loss = torch.zeros((), device=pos.hidden.device)
-        prefix = f"layer_{index}/"
+        args = self.args
+        loss = torch.zeros((), device=positive.hidden.device)
         local_ce_input = None
         if ce_positions is not None:
             head = model.lm_head.weight if index == 0 else model.lm_head.weight.detach()
             index_, target = ce_positions if index > 0 else self._all_positions
-            hidden = pos.hidden[:, :-1].reshape(-1, pos.hidden.shape[-1])[index_]
+            hidden = positive.hidden[:, :-1].reshape(-1, positive.hidden.shape[-1])[index_]
             local_ce_input = (layer.local_head.norm(hidden), head, target)
-        if "neg" in outputs:
-            g_pos, g_neg = goodness(pos.mlp_hidden), goodness(outputs["neg"].mlp_hidden)
-            term = ff_loss(g_pos, g_neg, corrupted, args.ff_loss, args.ff_threshold, args.ff_alpha)
-            loss = loss + args.ff_weight * term
-            self._record(prefix + "ff_loss", term)
-            self._record(prefix + "goodness_pos", g_pos.mean())
-            self._record(prefix + "goodness_neg", g_neg[corrupted].mean() if corrupted.any() else None)
-            self._record(prefix + "separation", separation(g_pos.detach(), g_neg.detach(), corrupted))
-        self._record(prefix + "depth_entropy", depth_entropy(pos.depth_weights))
-        return loss, local_ce_input
+        g_pos = None
+        if g_neg is not None:
+            g_pos = goodness(positive.mlp_hidden)
+            loss = loss + args.ff_weight * ff_loss(g_pos, g_neg, corrupted, args.ff_loss, args.ff_threshold, args.ff_alpha)
+            g_pos = g_pos.detach()
+        self._record(f"layer_{index}/depth_entropy", depth_entropy(positive.depth_weights))
+        return loss, local_ce_input, g_pos
+
+    def _record_goodness(self, prefix, term, g_pos, g_neg, corrupted) -> None:
+        self._record(prefix + "ff_loss", term)
+        self._record(prefix + "goodness_pos", g_pos.mean())
+        self._record(prefix + "goodness_neg", g_neg[corrupted].mean() if corrupted.any() else None)
+        self._record(prefix + "separation", separation(g_pos, g_neg, corrupted))
 
     def _backward(self, loss, ce_input, ce_weight: float, chunk: int = 2048):
         """Backward of `loss + ce_weight * CE(F.linear(features, head), targets)`; returns the CE (mean, detached).
