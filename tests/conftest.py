@@ -33,7 +33,7 @@ def _isolated_datasets_cache(tmp_path_factory):
 def tinystories_dir() -> Path:
     """The shared, read-only TinyStories text files (`train-*.txt`, `valid-*.txt`)."""
     if not (TINYSTORIES_DIR / "train-000.txt").is_file():
-        pytest.skip(f"TinyStories data not found in {TINYSTORIES_DIR}")
+        pytest.fail(f"TinyStories data not found in {TINYSTORIES_DIR}: the tests need ../shared beside the repo")
     return TINYSTORIES_DIR
 
 
