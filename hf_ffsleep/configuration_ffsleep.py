@@ -62,7 +62,8 @@ class FFSleepConfig(PreTrainedConfig):
             stream's own scale.
         local_heads (`bool`, defaults to `False`):
             Give every layer its own norm for a next-token readout through the shared LM head
-            (`W_head RMSNorm_l(v_l)`), used by the layer-local cross-entropy of Forward-Forward training. `FFTrainer` switches it on when it needs it.
+            (`W_head RMSNorm_l(v_l)`), used by the layer-local cross-entropy of Forward-Forward training.
+            `FFTrainer` switches it on when it needs it.
         bos_token_id, eos_token_id, pad_token_id (`int`, *optional*):
             Special token ids (the tokenizer's `<|endoftext|>` plays all three roles).
     """

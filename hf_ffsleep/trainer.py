@@ -197,7 +197,7 @@ class FFTrainer(Trainer):
 
         with autocast():
             hidden, weights = core.readout([s.detach() for s in streams["pos"]])
-            # With local heads, the LM head belongs to layer 0 (see `parameter_groups_by_layer`): the readout uses it detached.
+        # With local heads, the LM head belongs to layer 0 (see `parameter_groups_by_layer`): the readout reads it detached.
         head = model.lm_head.weight.detach() if self._head_owned_by_layer_0 else model.lm_head.weight
         features = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         readout_ce = self._backward(None, (features, head, targets.reshape(-1)), scale)
